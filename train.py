@@ -1,0 +1,210 @@
+"""Train a CIFAR-10 MobileNetV2 or ResNet18; keep the best model in ckpt/.
+
+    python train.py --arch resnet18 --epochs 18
+    python train.py --arch resnet18 --epochs 18 --resume   # after an interruption
+    torchrun --nproc_per_node 4 train.py --arch mobilenetv2  # several GPUs
+
+Writes, under --out-dir:
+    <arch>_cifar10.pth        best test accuracy so far: weights + metadata
+    <arch>_cifar10_last.pth   last finished epoch, with optimizer and scheduler
+                              state, which --resume continues from
+    <arch>_cifar10_log.jsonl  one line of metrics per epoch
+Every checkpoint is written to a temporary file and renamed into place.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+import loaders
+import models
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=models.ARCHS, default="mobilenetv2")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=256, help="per process")
+    p.add_argument("--lr", type=float, default=0.2, help="peak learning rate (SGD, Nesterov momentum 0.9)")
+    p.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
+                   help="cosine: linear warm-up then cosine decay to 0; step: x0.1 at 50%% and 75%% of training")
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--workers", type=int, default=0, help="intra-op threads for the CPU (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="data/cifar10", help="CIFAR-10 root: train/ and test/ class folders, or torchvision's cifar-10-batches-py")
+    p.add_argument("--out-dir", default="ckpt")
+    p.add_argument("--resume", action="store_true", help="continue from <out-dir>/<arch>_cifar10_last.pth if it exists")
+    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+                   help="end this run after N epochs (the schedule still spans --epochs; continue with --resume)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bf16 autocast on CPU, fp16/bf16 AMP on CUDA)")
+    p.add_argument("--limit-train", type=int, default=0, help="use only the first N training images (smoke tests)")
+    return p.parse_args(argv)
+
+
+# Hyperparameters that define a run; --resume keeps the stored ones.
+RUN_DEFINING = ("arch", "epochs", "batch_size", "lr", "schedule", "warmup_epochs", "weight_decay", "label_smoothing", "seed", "limit_train")
+
+
+def lr_factor(step, steps_per_epoch, args):
+    epoch = step / steps_per_epoch
+    if epoch < args.warmup_epochs:
+        return (step + 1) / (args.warmup_epochs * steps_per_epoch)
+    if args.schedule == "step":
+        return 0.1 ** sum(epoch >= f * args.epochs for f in (0.5, 0.75))
+    progress = (epoch - args.warmup_epochs) / max(args.epochs - args.warmup_epochs, 1e-8)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def autocast(device, enabled):
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model, data, device, amp, batch_size=500):
+    model.eval()
+    correct = 0
+    for x, y in data.batches(batch_size):
+        x = x.to(device, memory_format=torch.channels_last)
+        with autocast(device, amp):
+            correct += (model(x).argmax(1).cpu() == y).sum().item()
+    return 100.0 * correct / len(data)
+
+
+def train_one_epoch(model, data, optimizer, scheduler, criterion, epoch, args, device, rank, world):
+    model.train()
+    generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+    sampler = torch.utils.data.DistributedSampler(range(len(data)), num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler))
+    steps = math.ceil(len(order) / args.batch_size)
+    loss_sum = correct = seen = 0
+    bar = tqdm(data.batches(args.batch_size, order, augment=True, generator=generator), total=steps,
+               desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
+    for x, y in bar:
+        x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
+        with autocast(device, not args.no_amp):
+            logits = model(x)
+            loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
+    return loss_sum / seen, 100.0 * correct / seen
+
+
+def main(args):
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{local}"
+            torch.cuda.set_device(local)
+    device = torch.device(args.device)
+    if args.workers:
+        torch.set_num_threads(args.workers)
+
+    best_path = os.path.join(args.out_dir, f"{args.arch}_cifar10.pth")
+    last_path = os.path.join(args.out_dir, f"{args.arch}_cifar10_last.pth")
+    log_path = os.path.join(args.out_dir, f"{args.arch}_cifar10_log.jsonl")
+
+    resumed = None
+    if args.resume and os.path.exists(last_path):
+        resumed = models.read_checkpoint(last_path)
+        stored = resumed["args"]
+        changed = [k for k in RUN_DEFINING if getattr(args, k) != stored[k]]
+        if changed and rank == 0:
+            print(f"resuming with the stored {', '.join(changed)} (flags given now are ignored for these)")
+        for k in RUN_DEFINING:
+            setattr(args, k, stored[k])
+    elif args.resume and rank == 0:
+        print(f"no {last_path} yet: starting from epoch 1")
+
+    torch.manual_seed(args.seed)
+    train_set = loaders.load_cifar10(args.data, "train")
+    test_set = loaders.load_cifar10(args.data, "test")
+    if args.limit_train:
+        train_set = train_set.subset(torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))[:args.limit_train])
+
+    model = models.build_model(args.arch, "cifar10").to(device, memory_format=torch.channels_last)
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=args.lr, momentum=0.9, nesterov=True)
+    steps_per_epoch = math.ceil(len(train_set) / world / args.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, args))
+    start_epoch, best_top1 = 0, -1.0
+    if resumed is not None:
+        model.load_state_dict(resumed["state_dict"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        start_epoch, best_top1 = resumed["epoch"], resumed["best_top1"]
+        if rank == 0:
+            print(f"resumed from {last_path}: {start_epoch} of {args.epochs} epochs done, best test top-1 {best_top1:.2f}%")
+            _truncate_log(log_path, start_epoch)
+    elif rank == 0 and os.path.exists(log_path):
+        os.remove(log_path)
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    meta = {"arch": args.arch, "dataset": "cifar10", "args": vars(args), "torch_version": str(torch.__version__)}
+    end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
+    for epoch in range(start_epoch, end_epoch):
+        t0 = time.time()
+        loss, train_top1 = train_one_epoch(net, train_set, optimizer, scheduler, criterion, epoch, args, device, rank, world)
+        if rank != 0:
+            continue
+        test_top1 = evaluate(model, test_set, device, not args.no_amp)
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        if test_top1 > best_top1:
+            best_top1 = test_top1
+            models.save_checkpoint(best_path, {**meta, "state_dict": weights, "epoch": epoch + 1, "top1": test_top1})
+        models.save_checkpoint(last_path, {**meta, "state_dict": weights, "epoch": epoch + 1, "top1": test_top1, "best_top1": best_top1,
+                                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+        row = {"epoch": epoch + 1, "train_loss": round(loss, 4), "train_top1": round(train_top1, 2), "test_top1": round(test_top1, 2),
+               "best_top1": round(best_top1, 2), "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+        with open(log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.3f}  train {train_top1:.2f}%  test {test_top1:.2f}%  best {best_top1:.2f}%  ({row['seconds']:.0f} s)", flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+    if rank == 0:
+        done = "" if end_epoch == args.epochs else f" (stopped after epoch {end_epoch} of {args.epochs}; continue with --resume)"
+        print(f"best test top-1 {best_top1:.2f}% -> {best_path}{done}")
+
+
+def _truncate_log(log_path, epochs_done):
+    """Drops log lines of epochs after the checkpoint (a run cut off mid-write)."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+    with open(log_path, "w") as f:
+        f.writelines(rows)
+
+
+if __name__ == "__main__":
+    args = get_args()
+    try:
+        main(args)
+    except (models.CheckpointError, loaders.DataError) as err:
+        sys.exit(f"error: {err}")
