@@ -1,0 +1,52 @@
+"""High-bias absorption, section 4.1.2 of the paper.
+
+After CLE some channels carry large biases, which widen the activation range
+of the whole tensor. Where a ReLU sits between layers 1 and 2 and channel i
+of layer 1's output is distributed as N(beta_i, gamma_i^2), the part
+    c_i = max(0, beta_i - n |gamma_i|)
+is (almost) always passed through the ReLU unchanged: ReLU(x - c) = ReLU(x) - c
+whenever x >= c. So it can move into layer 2:
+    b1 <- b1 - c,    b2 <- b2 + W2 c   (W2 summed over its kernel).
+Exact for inputs matching the BN statistics, up to the border of a
+zero-padded conv, where the padded zeros were never shifted by c.
+"""
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .batchnorm import layer_statistics, set_layer_statistics
+from .channels import response_to_constant
+from .pairs import find_pairs
+
+
+@dataclass
+class AbsorptionReport:
+    pairs: list = field(default_factory=list)  # (layer 1, layer 2, channels absorbed, largest c)
+
+
+@torch.no_grad()
+def absorb_high_bias(gm, n_std=3.0):
+    """High-bias absorption on every layer pair of ``gm`` joined through a
+    ReLU, in place. Layer 1 needs its folded BN statistics. Returns an
+    AbsorptionReport."""
+    report = AbsorptionReport()
+    pairs, _ = find_pairs(gm)
+    for pair in pairs:
+        first, second = gm.get_submodule(pair.first), gm.get_submodule(pair.second)
+        stats = layer_statistics(first)
+        if not pair.relu_between or stats is None:
+            continue
+        beta, gamma = stats
+        c = (beta - n_std * gamma).clamp_min(0)
+        if not bool((c > 0).any()):
+            continue
+        first.bias.sub_(c)
+        set_layer_statistics(first, beta - c, gamma)
+        shift = response_to_constant(second.weight, second, c)
+        if second.bias is None:
+            second.bias = nn.Parameter(shift.clone())
+        else:
+            second.bias.add_(shift)
+        report.pairs.append((pair.first, pair.second, int((c > 0).sum()), c.max().item()))
+    return report
