@@ -1,0 +1,46 @@
+import json
+import os
+import subprocess
+import sys
+
+import models
+from conftest import ROOT
+from test_data import make_cifar_folder
+
+
+def run_train(*flags):
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *flags]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_train_then_resume(tmp_path):
+    data = make_cifar_folder(str(tmp_path / "data"), per_class=(8, 2))
+    out = tmp_path / "ckpt"
+    common = ["--arch", "resnet18", "--epochs", "2", "--batch-size", "8", "--data", data, "--out-dir", str(out), "--lr", "0.05"]
+
+    first = run_train(*common, "--stop-after", "1")
+    assert first.returncode == 0, first.stderr
+    last = models.read_checkpoint(str(out / "resnet18_cifar10_last.pth"))
+    assert last["epoch"] == 1 and "optimizer" in last and "scheduler" in last
+
+    second = run_train(*common, "--resume")
+    assert second.returncode == 0, second.stderr
+    assert "1 of 2 epochs done" in second.stdout
+    rows = [json.loads(line) for line in (out / "resnet18_cifar10_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert models.read_checkpoint(str(out / "resnet18_cifar10_last.pth"))["epoch"] == 2
+    # the scheduler resumed mid-schedule: cosine ends at 0 after the last step
+    assert rows[-1]["lr"] < 1e-6 < rows[0]["lr"]
+
+    best = models.read_checkpoint(str(out / "resnet18_cifar10.pth"))
+    assert best["arch"] == "resnet18" and round(best["top1"], 2) == max(r["test_top1"] for r in rows)
+    model = models.load_checkpoint(str(out / "resnet18_cifar10.pth"), "resnet18", "cifar10")
+    assert not model.training
+    assert not [p for p in os.listdir(out) if ".tmp" in p]
+
+
+def test_train_reports_missing_data(tmp_path):
+    result = run_train("--arch", "mobilenetv2", "--data", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path))
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith("error:") and "--data" in result.stderr
+    assert "Traceback" not in result.stderr
