@@ -38,6 +38,12 @@ def _per_column(layer):
 def input_channel_range(layer, channels):
     """r_i of input channel i: max - min over every weight that reads it."""
     w = _per_column(layer)
+    groups = getattr(layer, "groups", 1)
+    if groups == 1 and w.shape[1] == channels:  # dense: input channel i is column i
+        w = w.transpose(0, 1).reshape(channels, -1)
+        return w.amax(1) - w.amin(1)
+    if groups == channels == w.shape[0]:  # depthwise: input channel i is output channel i
+        return output_channel_range(layer.weight)
     idx = input_channel_index(layer, channels)[..., None].expand_as(w).reshape(-1)
     values = w.reshape(-1)
     hi = torch.full((channels,), float("-inf"), dtype=w.dtype).scatter_reduce(0, idx, values, "amax")
@@ -48,8 +54,15 @@ def input_channel_range(layer, channels):
 @torch.no_grad()
 def scale_input_channels(layer, s):
     """W[o, j] *= s[idx[o, j]], in place."""
-    idx = input_channel_index(layer, len(s))
-    layer.weight.mul_(s[idx].view(*idx.shape, *[1] * (layer.weight.dim() - 2)).to(layer.weight.dtype))
+    w, kernel = layer.weight, [1] * (layer.weight.dim() - 2)
+    groups = getattr(layer, "groups", 1)
+    if groups == 1:  # dense, or a linear layer reading k features per channel
+        w.mul_(s.repeat_interleave(w.shape[1] // len(s)).view(1, -1, *kernel).to(w.dtype))
+    elif groups == len(s) == w.shape[0]:  # depthwise
+        w.mul_(s.view(-1, 1, *kernel).to(w.dtype))
+    else:
+        idx = input_channel_index(layer, len(s))
+        w.mul_(s[idx].view(*idx.shape, *kernel).to(w.dtype))
 
 
 @torch.no_grad()

@@ -110,7 +110,12 @@ class QuantAct(nn.Module):
             self.lo.fill_(min(self.lo.item(), x.min().item()))
             self.hi.fill_(max(self.hi.item(), x.max().item()))
             return x
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.q_min, self.q_max)
+        # clamp(round(x / scale) + z, q_min, q_max) - z, written so that it
+        # takes one new tensor and three in-place passes: several times
+        # faster than torch.fake_quantize_per_tensor_affine, which also
+        # computes a gradient mask.
+        scale, zero_point = self.scale.item(), self.zero_point.item()
+        return (x * (1.0 / scale)).round_().clamp_(self.q_min - zero_point, self.q_max - zero_point).mul_(scale)
 
     def extra_repr(self):
         return f"bits={self.bits}, range=[{self.lo.item():.4g}, {self.hi.item():.4g}], scale={self.scale.item():.4g}, zero_point={self.zero_point.item()}"
