@@ -30,9 +30,9 @@ def _images_in(folder):
     return sorted(f.name for f in os.scandir(folder) if f.name.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def is_cifar_image_folder(root):
-    """True where ``root`` holds ``train/<class>/*`` and ``test/<class>/*``."""
-    return all(os.path.isdir(os.path.join(root, split)) and _class_folders(os.path.join(root, split)) for split in ("train", "test"))
+def is_cifar_image_folder(root, splits=("train", "test")):
+    """True where ``root`` holds ``<split>/<class>/*`` for each of ``splits``."""
+    return all(os.path.isdir(os.path.join(root, split)) and _class_folders(os.path.join(root, split)) for split in splits)
 
 
 class CifarTensors:
@@ -106,7 +106,7 @@ def load_cifar10(root, split):
     there, else torchvision's format (``cifar-10-batches-py``). Never downloads."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    if is_cifar_image_folder(root):
+    if is_cifar_image_folder(root, (split,)):
         return _decode_folder(os.path.join(root, split))
     if os.path.isdir(os.path.join(root, "cifar-10-batches-py")):
         import torchvision

@@ -95,8 +95,10 @@ def read_checkpoint(path):
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}): the file is corrupt or not a torch checkpoint") from None
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        payload = {"state_dict": payload}  # a bare state dict, as torchvision ships its weights
     if not isinstance(payload, dict) or "state_dict" not in payload:
-        raise CheckpointError(f"checkpoint {path} has no 'state_dict'; it was not written by train.py")
+        raise CheckpointError(f"checkpoint {path} holds neither a state dict nor a 'state_dict' entry")
     return payload
 
 
@@ -113,3 +115,12 @@ def load_checkpoint(path, arch, dataset):
     except RuntimeError:
         raise CheckpointError(f"checkpoint {path} does not fit a {arch} for {dataset}: its weights have other names or shapes") from None
     return model.eval()
+
+
+def load_trained(arch, dataset, ckpt=None):
+    """The model the scripts evaluate: ``ckpt`` if given, else
+    ``ckpt/<arch>_cifar10.pth`` for CIFAR-10 and torchvision's pretrained
+    weights for ImageNet. In eval mode."""
+    if ckpt is None and dataset == "imagenet":
+        return build_model(arch, "imagenet", pretrained=True).eval()
+    return load_checkpoint(ckpt or os.path.join("ckpt", f"{arch}_{dataset}.pth"), arch, dataset)

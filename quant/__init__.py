@@ -16,13 +16,13 @@ from .equalization import EqualizationReport, equalize, equalize_pair
 from .modules import QuantAct, QuantConv1d, QuantConv2d, QuantConv3d, QuantLayer, QuantLinear, quantized_layer
 from .pairs import find_pairs
 from .pipeline import dfq
-from .quantize import activation_points, calibrate, quantize
+from .quantize import DEFAULT_N_STD, activation_points, calibrate, quantize
 from .quantizers import quantization_parameters, quantize_to_grid, weight_parameters
 from .statistics import clipped_normal_moments, propagate_statistics
 from .tracing import TraceError, trace
 
 __all__ = [
-    "AbsorptionReport", "BiasCorrectionReport", "EqualizationReport", "QuantAct", "QuantConv1d", "QuantConv2d",
+    "DEFAULT_N_STD", "AbsorptionReport", "BiasCorrectionReport", "EqualizationReport", "QuantAct", "QuantConv1d", "QuantConv2d",
     "QuantConv3d", "QuantLayer", "QuantLinear", "TraceError", "absorb_high_bias", "activation_points", "calibrate",
     "clipped_normal_moments", "correct_bias", "dfq", "equalize", "equalize_pair", "find_pairs", "fold_batchnorm",
     "propagate_statistics", "quantization_parameters", "quantize", "quantize_to_grid", "quantized_layer",

@@ -43,7 +43,7 @@ def _follow(gm, start, calls):
     node, ops, flattened = start, [], False
     while True:
         users = list(node.users)
-        if not users:
+        if not users or any(u.op == "output" for u in users):
             return None, "its output is the network's output"
         if len(users) > 1:
             return None, f"fan-out: {node.name} feeds {len(users)} ops ({', '.join(describe(gm, u) for u in users[:3])})"
