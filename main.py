@@ -54,6 +54,8 @@ def get_args(argv=None):
     s.add_argument("--bias-correction", choices=("none", "analytic", "empirical"), default="analytic")
     r = p.add_argument_group("run")
     r.add_argument("--ablation", action="store_true", help="the paper's ablation table (the default when main.py gets no arguments)")
+    r.add_argument("--int8", action="store_true", help="also run the quantized model (DFQ's in the ablation) on real int8 kernels")
+    r.add_argument("--save-int8", metavar="PATH", help="save that int8 model as TorchScript (implies --int8)")
     r.add_argument("--batch-size", type=int, default=100)
     r.add_argument("--workers", type=int, default=2, help="image decoding processes (ImageNet)")
     r.add_argument("--limit", type=int, default=0, help="evaluate on N images only, drawn at random (fixed by --seed)")
@@ -63,7 +65,11 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if argv is None and len(sys.argv) == 1:
         args.ablation = True
+    args.int8 = args.int8 or bool(args.save_int8)
     return args
+
+
+INT8_ROW = "W8A8 DFQ (+ bias correction)"
 
 
 def ablation_rows(args):
@@ -78,7 +84,7 @@ def ablation_rows(args):
         ("W8A8 + ReLU6->ReLU", {**w8, "relu6": True}),
         ("W8A8 + CLE", {**w8, "relu6": True, "cle": True}),
         ("W8A8 + CLE + absorption", {**w8, "relu6": True, "cle": True, "absorb": True}),
-        ("W8A8 DFQ (+ bias correction)", {**w8, **dfq}),
+        (INT8_ROW, {**w8, **dfq}),
         ("W8A8 bias correction alone", {**w8, "bias_correction": "analytic"}),
         ("W8A8 per-channel, no CLE", {**w8, "per_channel": True}),
         ("W6A8 DFQ", {"w_bits": 6, "a_bits": 8, **dfq}),
@@ -90,7 +96,8 @@ def single_rows(args):
     settings = {"fold": not args.no_fold, "relu6": not args.keep_relu6, "cle": not args.no_cle, "absorb": not args.no_absorb,
                 "bias_correction": None if args.bias_correction == "none" else args.bias_correction,
                 "w_bits": args.w_bits, "a_bits": args.a_bits, "per_channel": args.per_channel}
-    steps = [k for k in ("relu6", "cle", "absorb") if settings[k]] + ([args.bias_correction] if settings["bias_correction"] else [])
+    labels = {"relu6": "ReLU6->ReLU", "cle": "CLE", "absorb": "absorption"}
+    steps = [labels[k] for k in labels if settings[k]] + ([f"{args.bias_correction} bias correction"] if settings["bias_correction"] else [])
     name = f"W{args.w_bits}A{args.a_bits} {'per-channel' if args.per_channel else 'per-tensor'}" + (f" + {', '.join(steps)}" if steps else "")
     return [("FP32", {"fold": False, "quantize": False}), (name, settings)]
 
@@ -186,6 +193,24 @@ def predictions(model, batches, device, desc):
     return torch.cat(preds), torch.cat(labels)
 
 
+def first_batch(batches):
+    return next(iter(batches))[0]
+
+
+def export_int8(qm, args, check):
+    """The fake-quant model on torch's integer kernels (CPU only)."""
+    int8, report = quant.export_int8(qm.cpu(), check=check)
+    kept = ", ".join(f"{name} ({why})" for name, why in report.float)
+    tqdm.write(f"int8: {len(report.integer)} ops on integer kernels; in float: {kept or 'none'}")
+    if args.save_int8:
+        quant.save_int8(int8, args.save_int8)
+        tqdm.write(f"int8 model saved to {args.save_int8} (torch.jit.load)")
+    if args.device != "cpu":
+        tqdm.write("note: the int8 model runs on the CPU")
+        args.device = "cpu"
+    return int8
+
+
 def markdown_table(rows):
     lines = ["| row | top-1 (%) | vs FP32 | agrees with FP32 (%) | time (s) |", "|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -210,15 +235,25 @@ def main(args):
 
     rows, reference = [], None
     plan = ablation_rows(args) if args.ablation else single_rows(args)
-    for name, settings in tqdm(plan, desc="rows"):
-        t0 = time.time()
-        variant = build_variant(model, args, calib, **settings)
+    int8_of = INT8_ROW if args.ablation else plan[-1][0]
+
+    def add_row(name, variant, settings, t0):
+        nonlocal reference
         preds, labels = predictions(variant, batches, args.device, name)
         reference = preds if reference is None else reference
         rows.append({"name": name, "top1": 100.0 * (preds == labels).float().mean().item(),
                      "agreement": 100.0 * (preds == reference).float().mean().item(),
                      "seconds": time.time() - t0, "settings": settings})
         tqdm.write(f"{name}: top-1 {rows[-1]['top1']:.2f}%")
+
+    for name, settings in tqdm(plan, desc="rows"):
+        t0 = time.time()
+        variant = build_variant(model, args, calib, **settings)
+        add_row(name, variant, settings, t0)
+        if args.int8 and name == int8_of:
+            t0 = time.time()
+            int8 = export_int8(variant, args, first_batch(batches))
+            add_row(f"{name}, int8 kernels", int8, {**settings, "int8": True}, t0)
 
     print(f"\n{args.arch} on {args.dataset} ({count} images; {args.act_range} activation ranges, "
           f"{'per-channel' if args.per_channel else 'per-tensor'} {'symmetric' if args.symmetric else 'asymmetric'}, "
@@ -240,5 +275,5 @@ def write_json(path, payload):
 if __name__ == "__main__":
     try:
         main(get_args())
-    except (models.CheckpointError, loaders.DataError, quant.TraceError, ValueError) as err:
+    except (models.CheckpointError, loaders.DataError, quant.TraceError, quant.ExportError, ValueError) as err:
         sys.exit(f"error: {err}")

@@ -57,7 +57,7 @@ def test_main_single_configuration_and_errors(tiny_cifar):
     result = run("main.py", "--arch", "resnet18", "--ckpt", ckpt, "--data", data, "--w-bits", 6, "--no-absorb", "--json", out)
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert [r["name"] for r in rows] == ["FP32", "W6A8 per-tensor + relu6, cle, analytic"]
+    assert [r["name"] for r in rows] == ["FP32", "W6A8 per-tensor + ReLU6->ReLU, CLE, analytic bias correction"]
 
     wrong_arch = run("main.py", "--arch", "mobilenetv2", "--ckpt", ckpt, "--data", data)
     assert wrong_arch.returncode != 0 and "holds a resnet18" in wrong_arch.stderr and "Traceback" not in wrong_arch.stderr

@@ -1,0 +1,77 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import quant
+from conftest import with_realistic_bn
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.dw, self.bn2 = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16)
+        self.conv3, self.bn3 = nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16)
+        self.conv4, self.bn4 = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn3(self.conv3(F.relu6(self.bn2(self.dw(x)))))
+        x = F.relu(x + y)
+        x = F.relu(self.bn4(self.conv4(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    model = with_realistic_bn(SmallNet(), (32, 3, 16, 16))
+    with torch.no_grad():
+        model.fc.weight.mul_(20)  # well separated logits, as a trained model has
+    return model, torch.randn(512, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("config", [{}, {"per_channel": True}, {"symmetric": True}, {"per_channel": True, "symmetric": True},
+                                    {"w_bits": 6}, {"w_bits": 4, "per_channel": True}])
+def test_int8_model_matches_fake_quant(small, config):
+    model, x = small
+    qm = quant.dfq(model, input_range=(-4.0, 4.0), **config)
+    int8, report = quant.export_int8(qm, check=x[:64])
+    assert {"conv1", "dw", "conv3", "conv4", "add"} <= set(report.integer)
+    assert [name for name, _ in report.float] == ["fc"]  # the logits layer
+    with torch.no_grad():
+        fake, real = qm(x), int8(x)
+    assert (fake.argmax(1) == real.argmax(1)).float().mean() >= 0.99
+    assert ((real - fake).norm() / fake.norm()).item() < 0.02
+
+
+def test_int8_model_really_is_integer(small):
+    model, x = small
+    int8, _ = quant.export_int8(quant.dfq(model, input_range=(-4.0, 4.0)))
+    captured = {}
+    int8.get_submodule("conv3").register_forward_hook(lambda m, i, o: captured.update(o=o))
+    with torch.no_grad():
+        int8(x[:4])
+    assert captured["o"].dtype == torch.quint8
+    assert int8.get_submodule("conv3").weight().dtype == torch.qint8
+
+
+def test_export_refuses_what_it_cannot_convert(small):
+    model, x = small
+    weights_only = quant.dfq(model, a_bits=None)
+    with pytest.raises(quant.ExportError, match="nothing runs on integer kernels"):
+        quant.export_int8(weights_only)
+    with pytest.raises(quant.ExportError, match="agree with the fake-quant model on only"):
+        quant.export_int8(quant.dfq(model, input_range=(-4.0, 4.0)), check=x[:64], min_agreement=1.01)
+
+
+def test_int8_save_and_load(small, tmp_path):
+    model, x = small
+    int8, _ = quant.export_int8(quant.dfq(model, input_range=(-4.0, 4.0)))
+    path = str(tmp_path / "model.pt")
+    quant.save_int8(int8, path)
+    loaded = quant.load_int8(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x[:32]), int8(x[:32]))
