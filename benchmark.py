@@ -1,11 +1,14 @@
-"""Speed of each DFQ step, and of the fake-quant model against FP32.
+"""Speed of each DFQ step, of the fake-quant model against FP32, and of the
+int8 model on integer kernels against FP32 and torch.ao's own conversion.
 
     python benchmark.py                      # MobileNetV2 and ResNet18 at 224x224
-    python benchmark.py --threads 2 --batch-size 32 --repeats 5
+    python benchmark.py --threads 2 --repeats 5 --skip-int8
 
 Times are medians over --repeats runs, in seconds, on random weights with
 realistic BN statistics (the time does not depend on the values).
 """
+import copy
+import warnings
 import argparse
 import statistics
 import time
@@ -23,6 +26,8 @@ def get_args(argv=None):
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--batch-size", type=int, default=32, help="evaluation batch")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--int8-batch", type=int, default=64, help="batch for int8 throughput")
+    p.add_argument("--skip-int8", action="store_true", help="only the DFQ steps and fake-quant evaluation")
     return p.parse_args(argv)
 
 
@@ -48,10 +53,40 @@ def dfq_steps(model, input_range):
     ]
 
 
+def torch_ao_reference(model, example):
+    """torch.ao's default post-training conversion (x86 qconfig, FX graph mode),
+    calibrated on ``example``: the speed reference for the same kernels."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (example,))
+        with torch.no_grad():
+            prepared(example)
+        return convert_fx(prepared)
+
+
+def int8_speed(model, input_range, args):
+    """(latency at batch 1, images/s at --int8-batch) for FP32, DFQ int8 and torch.ao int8."""
+    variants = {"FP32": model}
+    variants["DFQ int8"], _ = quant.export_int8(quant.dfq(model, input_range=input_range))
+    variants["torch.ao int8"] = torch_ao_reference(model, torch.randn(8, 3, 224, 224))
+    one, batch = torch.randn(1, 3, 224, 224), torch.randn(args.int8_batch, 3, 224, 224)
+    result = {}
+    with torch.inference_mode():
+        for name, m in variants.items():
+            m(one), m(batch)  # warm-up
+            latency = median_time(lambda: m(one), max(args.repeats, 10))
+            throughput = args.int8_batch / median_time(lambda: m(batch), args.repeats)
+            result[name] = (latency, throughput)
+    return result
+
+
 def main(args):
     torch.set_num_threads(args.threads)
     input_range = loaders.normalized_range(loaders.IMAGENET_MEAN, loaders.IMAGENET_STD)
-    rows = []
+    rows, speeds = [], {}
     for name in args.models:
         model = getattr(torchvision.models, name)().train()
         with torch.no_grad():
@@ -71,6 +106,8 @@ def main(args):
             fp32 = median_time(lambda: model(x), args.repeats)
             fake = median_time(lambda: qm(x), args.repeats)
         rows.append((name, {k: statistics.median(v) for k, v in steps.items()}, whole, fp32, fake))
+        if not args.skip_int8:
+            speeds[name] = int8_speed(model, input_range, args)
 
     print(f"\nDFQ step times (s), median of {args.repeats}, {args.threads} threads\n")
     step_names = list(rows[0][1])
@@ -82,7 +119,16 @@ def main(args):
     print("| model | FP32 | fake-quant W8A8 | ratio |\n|---|---|---|---|")
     for name, _, _, fp32, fake in rows:
         print(f"| {name} | {fp32:.3f} | {fake:.3f} | {fake / fp32:.2f}x |")
+    if speeds:
+        print(f"\nInteger kernels (x86 backend), {args.threads} threads: latency at batch 1 (ms), "
+              f"throughput at batch {args.int8_batch} (images/s), speed-up over FP32\n")
+        print("| model | variant | latency (ms) | throughput (img/s) | speed-up |\n|---|---|---:|---:|---:|")
+        for name, result in speeds.items():
+            base = result["FP32"][1]
+            for variant, (latency, throughput) in result.items():
+                print(f"| {name} | {variant} | {1000 * latency:.1f} | {throughput:.1f} | {throughput / base:.2f}x |")
 
 
 if __name__ == "__main__":
     main(get_args())
+

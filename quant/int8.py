@@ -12,9 +12,10 @@ simulates:
   - pooling, flatten and dropout run on the quantized tensor as they are;
   - anything else (the logits layer, ops without an integer kernel) runs in
     float between a dequantize and, where a quantizer follows, a quantize.
-The asymmetric weight grid [0, 255] with zero point z is the qint8 grid
-[-128, 127] with zero point z - 128: the same values.
+Weights keep their values exactly; ``_quantized_weight`` says how their
+grid is laid on qint8.
 """
+import copy
 import operator
 import warnings
 from dataclasses import dataclass, field
@@ -46,19 +47,28 @@ def _qparams(act):
 
 
 def _quantized_weight(layer):
-    # the fake-quant weights lie on the grid already: quantizing them again is exact,
-    # and a grid of fewer than 8 bits is a subset of the int8 grid with the same scale
-    w = layer.weight.detach()
-    if layer.per_channel:
-        zero_point = layer.weight_zero_point.long() + (-128 if not _is_signed(layer) else 0)
-        return torch.quantize_per_channel(w, layer.weight_scale.double(), zero_point, 0, torch.qint8)
-    zero_point = layer.weight_zero_point.item() + (-128 if not _is_signed(layer) else 0)
-    return torch.quantize_per_tensor(w, layer.weight_scale.item(), zero_point, torch.qint8)
+    """The layer's fake-quant weights as a qint8 tensor with the same values.
 
-
-def _is_signed(layer):
-    """True where the weight grid is already signed ([-128, 127], zero point 0)."""
-    return layer.symmetric and bool((layer.float_weight < 0).any())
+    Weight k on the grid is s (q - z). Any qint8 zero point z' represents it as
+    q' = (q - z) + z', so z' is free within [-128 - min(q - z), 127 - max(q - z)].
+    It is chosen as close to 0 as that allows, keeping |q'| small: x86 kernels
+    multiply uint8 activations by int8 weights in pairs summed into int16, which
+    saturates when adjacent |q'| are large (the grid [0, 255] shifted to
+    [-128, 127], as a 4-bit grid [0, 15] would be, has every |q'| near 128).
+    """
+    w = layer.weight.detach()  # already on the grid: quantizing it again is exact
+    per_channel = layer.per_channel
+    scale = layer.weight_scale.double()
+    steps = torch.round(w.double() / (scale.view(-1, *[1] * (w.dim() - 1)) if per_channel else scale))
+    flat = steps.reshape(w.shape[0] if per_channel else 1, -1)
+    zero_point = torch.zeros(flat.shape[0], dtype=torch.float64).clamp(-128 - flat.amin(1), 127 - flat.amax(1)).long()
+    if per_channel:
+        if bool((zero_point != 0).any()):
+            # Seen here: depthwise convs off by up to 15 steps from the first layer on.
+            raise ExportError(f"{layer.w_bits}-bit per-channel asymmetric weights need per-channel zero points, which the x86 "
+                              "int8 kernels get wrong; quantize per-channel weights with symmetric=True (--symmetric), or per tensor")
+        return torch.quantize_per_channel(w, scale, zero_point, 0, torch.qint8)
+    return torch.quantize_per_tensor(w, scale.item(), zero_point.item(), torch.qint8)
 
 
 def _integer_layer(layer, relu, scale, zero_point):
@@ -88,8 +98,9 @@ class _Builder:
         self.report = ExportReport()
 
     def add_module(self, name, module):
+        """Adds ``module`` (a copy, if it comes from the fake-quant model) to the int8 model."""
         target = name.replace(".", "_")
-        self.modules[target] = module
+        self.modules[target] = copy.deepcopy(module) if any(module is m for m in self.qm.modules()) else module
         return target
 
     def float_value(self, node):

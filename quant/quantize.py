@@ -20,10 +20,11 @@ from .statistics import propagate_statistics
 from .tracing import layer_nodes, layer_of
 
 # Data-free activation ranges are beta +- n |gamma| (then clipped by the
-# activation). n = 6 covers the normal's mass with room for the heavier tails
-# real activations have; with 8 bits, a wider range costs less than clipping
-# large activations. On torchvision's MobileNetV2 n = 3 clips too much.
-DEFAULT_N_STD = 6.0
+# activation). A small n clips the tails real activations have; a large n
+# spends the 256 levels on values that never occur. On torchvision's
+# MobileNetV2 (ImageNet subset, W8A8 DFQ) the logits' SQNR against FP32 is
+# 15.9, 17.0, 16.5, 16.2 and 15.1 dB for n = 3, 4, 5, 6 and 8: n = 4.
+DEFAULT_N_STD = 4.0
 
 _PRODUCERS = {A.ADD, A.CAT, A.POOL}
 _PASS_THROUGH = {A.IDENTITY, A.FLATTEN, A.PAD}
@@ -70,6 +71,8 @@ def quantize(gm, w_bits=8, a_bits=8, per_channel=False, symmetric=False, bias_bi
     input_range: (lo, hi) of the network input, needed by "bn" (normalized
         images: (min(-mean/std), max((1-mean)/std))).
     float_layers: names of conv/linear layers whose weights stay in float.
+    ``qm.meta["act_quantizers"]`` maps the name of each quantized tensor's
+    node in ``gm`` to its QuantAct.
     """
     if act_range not in ("bn", "calib"):
         raise ValueError(f"act_range must be 'bn' or 'calib', not {act_range!r}")
@@ -79,13 +82,34 @@ def quantize(gm, w_bits=8, a_bits=8, per_channel=False, symmetric=False, bias_bi
         bits = None if node.target in float_layers else w_bits
         layer = quantized_layer(qm.get_submodule(node.target), bits, per_channel, symmetric, bias_bits)
         setattr(qm.get_submodule(parent) if parent else qm, name, layer)
+    qm.meta["act_quantizers"] = {}
     if a_bits:
         quantizers = _insert_activation_quantizers(qm, a_bits, symmetric)
+        qm.meta["act_quantizers"] = {name: q for name, q in quantizers.items()}
         if act_range == "bn":
             _set_bn_ranges(gm, quantizers, n_std, input_range)
         else:
             calibrate(qm, quantizers, calib_data)
+        _drop_redundant_relus(qm)
     return qm
+
+
+def _drop_redundant_relus(qm):
+    """Removes each ReLU (or ReLU6) whose only user is a quantizer with the grid
+    [0, hi], hi inside the clip: the quantizer's clamp does the same (round(x/s)
+    <= 0 for x < 0), so the output is unchanged and one pass over the tensor is
+    saved, as an integer kernel with a fused activation saves it."""
+    for node in list(qm.graph.nodes):
+        kind, bounds = A.op_kind(qm, node)
+        users = list(node.users)
+        if kind != A.RELU or len(users) != 1 or users[0].op != "call_module":
+            continue
+        act = qm.get_submodule(users[0].target)
+        if isinstance(act, QuantAct) and bounds[0] == 0.0 and act.q_min == 0 and act.zero_point.item() == 0 and act.hi.item() <= bounds[1]:
+            users[0].replace_input_with(node, node.args[0])
+            qm.graph.erase_node(node)
+    qm.graph.lint()
+    qm.recompile()
 
 
 def _insert_activation_quantizers(qm, bits, symmetric):

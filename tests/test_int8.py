@@ -33,7 +33,7 @@ def small():
     return model, torch.randn(512, 3, 16, 16, generator=torch.Generator().manual_seed(5))
 
 
-@pytest.mark.parametrize("config", [{}, {"per_channel": True}, {"symmetric": True}, {"per_channel": True, "symmetric": True},
+@pytest.mark.parametrize("config", [{}, {"symmetric": True}, {"per_channel": True, "symmetric": True},
                                     {"w_bits": 6}, {"w_bits": 4, "per_channel": True}])
 def test_int8_model_matches_fake_quant(small, config):
     model, x = small
@@ -41,10 +41,17 @@ def test_int8_model_matches_fake_quant(small, config):
     int8, report = quant.export_int8(qm, check=x[:64])
     assert {"conv1", "dw", "conv3", "conv4", "add"} <= set(report.integer)
     assert [name for name, _ in report.float] == ["fc"]  # the logits layer
+    inputs = {}
+    qm.fc.register_forward_hook(lambda m, i, o: inputs.__setitem__("fake", i[0]))
+    int8.fc.register_forward_hook(lambda m, i, o: inputs.__setitem__("int8", i[0]))
     with torch.no_grad():
         fake, real = qm(x), int8(x)
     assert (fake.argmax(1) == real.argmax(1)).float().mean() >= 0.99
-    assert ((real - fake).norm() / fake.norm()).item() < 0.02
+    assert ((real - fake).norm() / fake.norm()).item() < 0.01
+    # the last quantized tensor: the same grid values, up to one step where a kernel rounds a tie the other way
+    step = list(qm.meta["act_quantizers"].values())[-1].scale
+    steps = (inputs["fake"] - inputs["int8"]).abs() / step
+    assert steps.max() <= 1.01 and (steps > 0.5).float().mean() < 0.01
 
 
 def test_int8_model_really_is_integer(small):
@@ -63,6 +70,9 @@ def test_export_refuses_what_it_cannot_convert(small):
     weights_only = quant.dfq(model, a_bits=None)
     with pytest.raises(quant.ExportError, match="nothing runs on integer kernels"):
         quant.export_int8(weights_only)
+    # per-channel zero points: the x86 kernels get them wrong (below 8 bits the grid fits without one)
+    with pytest.raises(quant.ExportError, match="per-channel asymmetric"):
+        quant.export_int8(quant.dfq(model, per_channel=True, input_range=(-4.0, 4.0)))
     with pytest.raises(quant.ExportError, match="agree with the fake-quant model on only"):
         quant.export_int8(quant.dfq(model, input_range=(-4.0, 4.0)), check=x[:64], min_agreement=1.01)
 

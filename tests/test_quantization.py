@@ -77,7 +77,7 @@ def test_bias_bits():
 def test_activations_quantized_where_integer_kernels_read_them():
     gm = quant.fold_batchnorm(with_realistic_bn(Zoo(), (4, 3, 32, 32)))
     qm = quant.quantize(gm, input_range=(-3.0, 3.0))
-    quantized = {n.args[0].name for n in qm.graph.nodes if n.op == "call_module" and isinstance(qm.get_submodule(n.target), quant.QuantAct)}
+    quantized = set(qm.meta["act_quantizers"])
     assert "x" in quantized                              # the network input
     assert "relu_2" in quantized                         # conv -> BN -> ReLU: after the fused ReLU
     assert "add" not in quantized and "relu_5" in quantized  # the add, after its ReLU
@@ -98,7 +98,7 @@ def test_activations_quantized_where_integer_kernels_read_them():
 def test_bn_activation_ranges():
     gm = quant.fold_batchnorm(with_realistic_bn(ConvBNReLUConv(), (8, 8, 16, 16)))
     qm = quant.quantize(gm, n_std=4.0, input_range=(-2.0, 2.5))
-    act = {n.args[0].name: qm.get_submodule(n.target) for n in qm.graph.nodes if n.op == "call_module" and n.target.startswith("act_quant")}
+    act = qm.meta["act_quantizers"]
     assert (act["x"].lo.item(), act["x"].hi.item()) == (-2.0, 2.5)
     beta, gamma = gm.conv1.bn_beta, gm.conv1.bn_gamma
     assert act["relu"].lo.item() == 0.0                                   # clipped by the ReLU
@@ -123,3 +123,14 @@ def test_fake_quant_model_is_close_but_not_equal():
         ref, out8, out4 = gm(x), quant.quantize(gm, input_range=(-4, 4))(x), quant.quantize(gm, w_bits=4, a_bits=4, input_range=(-4, 4))(x)
     err8, err4 = ((out8 - ref).norm() / ref.norm()).item(), ((out4 - ref).norm() / ref.norm()).item()
     assert 1e-4 < err8 < 0.2 and err4 > 2 * err8
+
+
+def test_relu_before_a_zero_based_quantizer_is_dropped_exactly():
+    gm = quant.fold_batchnorm(with_realistic_bn(ConvBNReLUConv(), (8, 8, 16, 16)))
+    qm = quant.quantize(gm, input_range=(-3.0, 3.0))
+    assert not any(n.target is torch.nn.functional.relu for n in qm.graph.nodes)
+    act = qm.meta["act_quantizers"]
+    x = torch.randn(4, 8, 16, 16) * 2
+    with torch.no_grad():
+        by_hand = qm.conv2(act["relu"](torch.relu(qm.conv1(act["x"](x)))))
+        assert torch.equal(qm(x), by_hand)
