@@ -71,6 +71,8 @@ def int8_speed(model, input_range, args):
     """(latency at batch 1, images/s at --int8-batch) for FP32, DFQ int8 and torch.ao int8."""
     variants = {"FP32": model}
     variants["DFQ int8"], _ = quant.export_int8(quant.dfq(model, input_range=input_range))
+    # symmetric weights: no weight zero point for the kernels to correct for, as in torch.ao's default
+    variants["DFQ int8, symmetric weights"], _ = quant.export_int8(quant.dfq(model, input_range=input_range, symmetric=True))
     variants["torch.ao int8"] = torch_ao_reference(model, torch.randn(8, 3, 224, 224))
     one, batch = torch.randn(1, 3, 224, 224), torch.randn(args.int8_batch, 3, 224, 224)
     result = {}

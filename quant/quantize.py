@@ -22,8 +22,9 @@ from .tracing import layer_nodes, layer_of
 # Data-free activation ranges are beta +- n |gamma| (then clipped by the
 # activation). A small n clips the tails real activations have; a large n
 # spends the 256 levels on values that never occur. On torchvision's
-# MobileNetV2 (ImageNet subset, W8A8 DFQ) the logits' SQNR against FP32 is
-# 15.9, 17.0, 16.5, 16.2 and 15.1 dB for n = 3, 4, 5, 6 and 8: n = 4.
+# MobileNetV2 (ImageNet subset, W8A8 DFQ: main.py --dataset imagenet --n-std n)
+# 94.6, 96.2, 95.6, 95.0 and 94.7% of FP32's predictions are kept for
+# n = 3, 4, 5, 6 and 8: n = 4.
 DEFAULT_N_STD = 4.0
 
 _PRODUCERS = {A.ADD, A.CAT, A.POOL}
