@@ -11,6 +11,7 @@ the paper's picture: a box plot per output channel of one layer's weights,
 before and after CLE.
 """
 import argparse
+import copy
 import os
 import sys
 
@@ -72,7 +73,7 @@ def main(args):
     folded = quant.fold_batchnorm(model)
     if not args.keep_relu6:
         quant.replace_relu6(folded)
-    gm = quant.fold_batchnorm(folded)  # an independent copy to equalize
+    gm = copy.deepcopy(folded)
     report = quant.equalize(gm)
     if args.absorb:
         quant.absorb_high_bias(gm)

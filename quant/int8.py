@@ -88,12 +88,18 @@ def _integer_layer(layer, relu, scale, zero_point):
     return q
 
 
+def _attribute(module, path):
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
 class _Builder:
     """Walks the fake-quant graph in order and writes the integer graph. Each
     value is float or quantized with known (scale, zero point)."""
 
     def __init__(self, qm):
-        self.qm, self.graph, self.modules = qm, fx.Graph(), {}
+        self.qm, self.graph, self.modules, self.attributes = qm, fx.Graph(), {}, {}
         self.env, self.qparams, self.done = {}, {}, set()
         self.report = ExportReport()
 
@@ -148,7 +154,7 @@ class _Builder:
     def fused(self, node, relu, act, make_value):
         """Emits an integer op writing ``act``'s grid; maps node, relu and act to it."""
         scale, zero_point, _ = _qparams(self.qm.get_submodule(act.target))
-        value = make_value(scale, zero_point)
+        value = make_value()
         for n in (node, relu, act):
             if n is not None:
                 self.set_quantized(n, value, (scale, zero_point))
@@ -161,6 +167,10 @@ class _Builder:
         if node.op == "call_module":
             target = self.add_module(node.target, self.qm.get_submodule(node.target))
             self.env[node] = self.graph.call_module(target, args, kwargs)
+        elif node.op == "get_attr":
+            target = node.target.replace(".", "_")
+            self.attributes[target] = _attribute(self.qm, node.target).detach().clone()
+            self.env[node] = self.graph.get_attr(target)
         else:
             self.env[node] = self.graph.create_node(node.op, node.target, args, kwargs, node.name)
         if why:
@@ -177,6 +187,8 @@ class _Builder:
         root = nn.Module()
         for name, module in self.modules.items():
             root.add_module(name, module)
+        for name, value in self.attributes.items():
+            root.register_buffer(name, value.detach())
         return root
 
     def visit(self, node):
@@ -202,14 +214,14 @@ class _Builder:
                        "its input is not quantized" if not quantized_input else "no integer kernel for this layer type")
                 return self.run_float(node, why)
             target = self.add_module(node.target, integer)
-            self.fused(node, relu, act, lambda s, z: self.graph.call_module(target, (self.env[node.args[0]],)))
+            self.fused(node, relu, act, lambda: self.graph.call_module(target, (self.env[node.args[0]],)))
             self.report.integer.append(node.target)
         elif A.op_kind(self.qm, node)[0] in (A.ADD, A.CAT):
             self.visit_add_or_cat(node, nnq)
         elif A.op_kind(self.qm, node)[0] in (A.POOL, A.IDENTITY, A.FLATTEN) and node.args and node.args[0] in self.qparams:
             self.run_float_on_quantized(node)
         else:
-            self.run_float(node, "no integer kernel" if node.op != "get_attr" else "")
+            self.run_float(node, "" if node.op == "get_attr" else "no integer kernel")
 
     def run_float_on_quantized(self, node):
         """Pooling, flatten and dropout work on quantized tensors and keep their grid."""
@@ -235,10 +247,10 @@ class _Builder:
         target = self.add_module(f"{node.name}_int8", functional)
         if kind == A.CAT:
             dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            make = lambda s, z: self.graph.call_method("cat", (self.graph.get_attr(target), [self.env[i] for i in inputs], dim))
+            make = lambda: self.graph.call_method("cat", (self.graph.get_attr(target), [self.env[i] for i in inputs], dim))
         else:
             method = "add_relu" if relu is not None else "add"
-            make = lambda s, z: self.graph.call_method(method, (self.graph.get_attr(target), self.env[inputs[0]], self.env[inputs[1]]))
+            make = lambda: self.graph.call_method(method, (self.graph.get_attr(target), self.env[inputs[0]], self.env[inputs[1]]))
         self.fused(node, relu, act, make)
         self.report.integer.append(node.name)
 

@@ -85,3 +85,24 @@ def test_int8_save_and_load(small, tmp_path):
     loaded = quant.load_int8(path)
     with torch.no_grad():
         assert torch.equal(loaded(x[:32]), int8(x[:32]))
+
+
+def test_ops_without_integer_kernels_run_in_float(small):
+    """A learned scale (get_attr) and hardswish have no integer kernel: they run
+    in float between dequantize and quantize, and the rest stays integer."""
+
+    class Scaled(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.gain = net, nn.Parameter(torch.tensor(1.5))
+
+        def forward(self, x):
+            return self.net(F.hardswish(x) * self.gain)
+
+    model, x = small
+    qm = quant.dfq(Scaled(model), act_range="calib", calib_data=x[:128])  # no BN describes the product
+    int8, report = quant.export_int8(qm, check=x[:64])
+    kept = {name for name, _ in report.float}
+    assert {"hardswish", "mul"} <= kept and "net_conv1" not in kept and "net.conv1" in report.integer
+    with torch.no_grad():
+        assert (int8(x).argmax(1) == qm(x).argmax(1)).float().mean() >= 0.99
