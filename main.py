@@ -252,7 +252,11 @@ def main(args):
         add_row(name, variant, settings, t0)
         if args.int8 and name == int8_of:
             t0 = time.time()
-            int8 = export_int8(variant, args, first_batch(batches))
+            try:
+                int8 = export_int8(variant, args, first_batch(batches))
+            except quant.ExportError as err:
+                tqdm.write(f"int8: not exported: {err}")
+                continue
             add_row(f"{name}, int8 kernels", int8, {**settings, "int8": True}, t0)
 
     print(f"\n{args.arch} on {args.dataset} ({count} images; {args.act_range} activation ranges, "
