@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from quant.files import atomic_write
+
 ARCHS = ("mobilenetv2", "resnet18")
 DATASETS = ("cifar10", "imagenet")
 NUM_CLASSES = {"cifar10": 10, "imagenet": 1000}
@@ -76,15 +78,7 @@ def build_model(arch, dataset, pretrained=False):
 def save_checkpoint(path, payload):
     """Writes ``payload`` with torch.save, atomically: a reader (or a crash)
     never sees a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path):

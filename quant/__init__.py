@@ -12,6 +12,7 @@ from .absorption import AbsorptionReport, absorb_high_bias
 from .activations import replace_relu6
 from .batchnorm import fold_batchnorm
 from .bias_correction import BiasCorrectionReport, correct_bias
+from .files import atomic_write
 from .equalization import EqualizationReport, equalize, equalize_pair
 from .int8 import ExportError, ExportReport, export_int8, load_int8, save_int8
 from .modules import QuantAct, QuantConv1d, QuantConv2d, QuantConv3d, QuantLayer, QuantLinear, quantized_layer
@@ -23,7 +24,7 @@ from .statistics import clipped_normal_moments, propagate_statistics
 from .tracing import TraceError, trace
 
 __all__ = [
-    "DEFAULT_N_STD", "ExportError", "ExportReport", "export_int8", "load_int8", "save_int8", "AbsorptionReport", "BiasCorrectionReport", "EqualizationReport", "QuantAct", "QuantConv1d", "QuantConv2d",
+    "DEFAULT_N_STD", "atomic_write", "ExportError", "ExportReport", "export_int8", "load_int8", "save_int8", "AbsorptionReport", "BiasCorrectionReport", "EqualizationReport", "QuantAct", "QuantConv1d", "QuantConv2d",
     "QuantConv3d", "QuantLayer", "QuantLinear", "TraceError", "absorb_high_bias", "activation_points", "calibrate",
     "clipped_normal_moments", "correct_bias", "dfq", "equalize", "equalize_pair", "find_pairs", "fold_batchnorm",
     "propagate_statistics", "quantization_parameters", "quantize", "quantize_to_grid", "quantized_layer",

@@ -25,6 +25,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from . import activations as A
+from .files import atomic_write
 from .modules import QuantAct, QuantLayer
 
 _ADD = {operator.add, operator.iadd, torch.add}
@@ -286,17 +287,12 @@ def export_int8(qm, check=None, min_agreement=0.9):
 def save_int8(int8, path):
     """Saves the int8 model as TorchScript (loadable without this library),
     through a temporary file renamed into place."""
-    import os
-
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
+    def write(tmp):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notices
             torch.jit.save(torch.jit.script(int8), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+    atomic_write(path, write)
 
 
 def load_int8(path):

@@ -74,3 +74,17 @@ def test_pretrained_weights_missing_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(models.CheckpointError, match="TORCH_HOME"):
         models.build_model("resnet18", "imagenet", pretrained=True)
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "m.pth"
+    models.save_checkpoint(str(path), {"arch": "resnet18", "epoch": 1})
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("interrupted mid-write")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        models.save_checkpoint(str(path), {"arch": "resnet18", "epoch": 2, "bad": Unpicklable()})
+    assert torch.load(path, weights_only=False)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pth"]
