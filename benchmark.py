@@ -53,15 +53,22 @@ def dfq_steps(model, input_range):
     ]
 
 
-def torch_ao_reference(model, example):
-    """torch.ao's default post-training conversion (x86 qconfig, FX graph mode),
-    calibrated on ``example``: the speed reference for the same kernels."""
-    from torch.ao.quantization import get_default_qconfig_mapping
+def torch_ao_reference(model, example, affine_weights=False):
+    """torch.ao's post-training conversion (x86 qconfig, FX graph mode),
+    calibrated on ``example``: the speed reference for the same kernels.
+    Its default weights are per-channel symmetric; ``affine_weights`` gives
+    it DFQ's default per-tensor asymmetric weight grid instead, so that both
+    conversions ask the kernels for the same work."""
+    from torch.ao.quantization import MinMaxObserver, QConfig, get_default_qconfig, get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    mapping = get_default_qconfig_mapping("x86")
+    if affine_weights:
+        weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_affine)
+        mapping.set_global(QConfig(activation=get_default_qconfig("x86").activation, weight=weight))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (example,))
+        prepared = prepare_fx(copy.deepcopy(model), mapping, (example,))
         with torch.no_grad():
             prepared(example)
         return convert_fx(prepared)
@@ -73,7 +80,9 @@ def int8_speed(model, input_range, args):
     variants["DFQ int8"], _ = quant.export_int8(quant.dfq(model, input_range=input_range))
     # symmetric weights: no weight zero point for the kernels to correct for, as in torch.ao's default
     variants["DFQ int8, symmetric weights"], _ = quant.export_int8(quant.dfq(model, input_range=input_range, symmetric=True))
-    variants["torch.ao int8"] = torch_ao_reference(model, torch.randn(8, 3, 224, 224))
+    example = torch.randn(8, 3, 224, 224)
+    variants["torch.ao int8"] = torch_ao_reference(model, example)
+    variants["torch.ao int8, per-tensor asymmetric weights"] = torch_ao_reference(model, example, affine_weights=True)
     one, batch = torch.randn(1, 3, 224, 224), torch.randn(args.int8_batch, 3, 224, 224)
     result = {}
     with torch.inference_mode():
