@@ -44,6 +44,9 @@ def get_args(argv=None):
     p.add_argument("--data", default="data/cifar10", help="CIFAR-10 root: train/ and test/ class folders, or torchvision's cifar-10-batches-py")
     p.add_argument("--out-dir", default="ckpt")
     p.add_argument("--resume", action="store_true", help="continue from <out-dir>/<arch>_cifar10_last.pth if it exists")
+    p.add_argument("--init", metavar="CKPT",
+                   help="start from this trained checkpoint's weights instead of random ones: a new cosine cycle "
+                        "(warm restart) that keeps the best model only where it beats CKPT's test accuracy")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="end this run after N epochs (the schedule still spans --epochs; continue with --resume)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -53,7 +56,8 @@ def get_args(argv=None):
 
 
 # Hyperparameters that define a run; --resume keeps the stored ones.
-RUN_DEFINING = ("arch", "epochs", "batch_size", "lr", "schedule", "warmup_epochs", "weight_decay", "label_smoothing", "seed", "limit_train")
+RUN_DEFINING = ("arch", "epochs", "batch_size", "lr", "schedule", "warmup_epochs", "weight_decay", "label_smoothing", "seed",
+                "limit_train", "init")
 
 
 def lr_factor(step, steps_per_epoch, args):
@@ -127,17 +131,8 @@ def main(args):
     last_path = os.path.join(args.out_dir, f"{args.arch}_cifar10_last.pth")
     log_path = os.path.join(args.out_dir, f"{args.arch}_cifar10_log.jsonl")
 
-    resumed = None
-    if args.resume and os.path.exists(last_path):
-        resumed = models.read_checkpoint(last_path)
-        stored = resumed["args"]
-        changed = [k for k in RUN_DEFINING if getattr(args, k) != stored[k]]
-        if changed and rank == 0:
-            print(f"resuming with the stored {', '.join(changed)} (flags given now are ignored for these)")
-        for k in RUN_DEFINING:
-            setattr(args, k, stored[k])
-    elif args.resume and rank == 0:
-        print(f"no {last_path} yet: starting from epoch 1")
+    resumed = read_resume_state(last_path, args, rank)
+    start = models.read_checkpoint(args.init) if args.init and resumed is None else None
 
     torch.manual_seed(args.seed)
     train_set = loaders.load_cifar10(args.data, "train")
@@ -152,21 +147,27 @@ def main(args):
                                 lr=args.lr, momentum=0.9, nesterov=True)
     steps_per_epoch = math.ceil(len(train_set) / world / args.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, args))
-    start_epoch, best_top1 = 0, -1.0
+    start_epoch, best_top1, cycle = 0, -1.0, 1
+    if start is not None:
+        model.load_state_dict(models.load_checkpoint(args.init, args.arch, "cifar10").state_dict())
+        best_top1, cycle = start.get("top1", -1.0), start.get("cycle", 1) + 1
+        if rank == 0:
+            print(f"cycle {cycle} from {args.init} (test top-1 {best_top1:.2f}%): "
+                  f"a new best model is kept only where it beats that")
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
-        start_epoch, best_top1 = resumed["epoch"], resumed["best_top1"]
+        start_epoch, best_top1, cycle = resumed["epoch"], resumed["best_top1"], resumed.get("cycle", 1)
         if rank == 0:
             print(f"resumed from {last_path}: {start_epoch} of {args.epochs} epochs done, best test top-1 {best_top1:.2f}%")
-            _truncate_log(log_path, start_epoch)
-    elif rank == 0 and os.path.exists(log_path):
-        os.remove(log_path)
+            _truncate_log(log_path, cycle, start_epoch)
+    elif rank == 0:
+        _truncate_log(log_path, cycle, 0)  # a fresh run starts a fresh log; a new cycle adds to it
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
-    meta = {"arch": args.arch, "dataset": "cifar10", "args": vars(args), "torch_version": str(torch.__version__)}
+    meta = {"arch": args.arch, "dataset": "cifar10", "cycle": cycle, "args": vars(args), "torch_version": str(torch.__version__)}
     end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
@@ -180,7 +181,7 @@ def main(args):
             models.save_checkpoint(best_path, {**meta, "state_dict": weights, "epoch": epoch + 1, "top1": test_top1})
         models.save_checkpoint(last_path, {**meta, "state_dict": weights, "epoch": epoch + 1, "top1": test_top1, "best_top1": best_top1,
                                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
-        row = {"epoch": epoch + 1, "train_loss": round(loss, 4), "train_top1": round(train_top1, 2), "test_top1": round(test_top1, 2),
+        row = {"cycle": cycle, "epoch": epoch + 1, "train_loss": round(loss, 4), "train_top1": round(train_top1, 2), "test_top1": round(test_top1, 2),
                "best_top1": round(best_top1, 2), "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -189,17 +190,41 @@ def main(args):
         dist.destroy_process_group()
     if rank == 0:
         done = "" if end_epoch == args.epochs else f" (stopped after epoch {end_epoch} of {args.epochs}; continue with --resume)"
-        print(f"best test top-1 {best_top1:.2f}% -> {best_path}{done}")
+        kept = best_path if start is None or best_top1 > start.get("top1", -1.0) else f"no epoch beat {args.init}"
+        print(f"best test top-1 {best_top1:.2f}% -> {kept}{done}")
 
 
-def _truncate_log(log_path, epochs_done):
-    """Drops log lines of epochs after the checkpoint (a run cut off mid-write)."""
+def read_resume_state(last_path, args, rank):
+    """The last-epoch checkpoint to continue from under --resume, with the
+    stored run-defining flags put back into ``args``; None for a new run.
+    With --init, a last checkpoint of another run (the cycle before) is not
+    continued: this run starts from CKPT instead."""
+    if not args.resume or not os.path.exists(last_path):
+        if args.resume and rank == 0:
+            print(f"no {last_path} yet: starting from epoch 1")
+        return None
+    resumed = models.read_checkpoint(last_path)
+    stored = resumed["args"]
+    if args.init and stored.get("init") != args.init:
+        return None
+    changed = [k for k in RUN_DEFINING if getattr(args, k) != stored.get(k)]
+    if changed and rank == 0:
+        print(f"resuming with the stored {', '.join(changed)} (flags given now are ignored for these)")
+    for k in RUN_DEFINING:
+        setattr(args, k, stored.get(k))
+    return resumed
+
+
+def _truncate_log(log_path, cycle, epochs_done):
+    """Keeps the log lines of earlier cycles and of this cycle's epochs up to
+    the checkpoint (drops those of a run cut off mid-write)."""
     if not os.path.exists(log_path):
         return
     with open(log_path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line)["epoch"] <= epochs_done]
+        rows = [json.loads(line) for line in f if line.strip()]
+    kept = [r for r in rows if r.get("cycle", 1) < cycle or (r.get("cycle", 1) == cycle and r["epoch"] <= epochs_done)]
     with open(log_path, "w") as f:
-        f.writelines(rows)
+        f.writelines(json.dumps(r) + "\n" for r in kept)
 
 
 if __name__ == "__main__":

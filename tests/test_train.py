@@ -38,6 +38,31 @@ def test_train_then_resume(tmp_path):
     assert not model.training
     assert not [p for p in os.listdir(out) if ".tmp" in p]
 
+    # a second cosine cycle from the best model, added to the same log
+    start = out / "cycle1.pth"
+    os.replace(out / "resnet18_cifar10.pth", start)
+    cycle = [*common[:2], "--epochs", "1", *common[4:], "--init", str(start), "--resume"]
+    third = run_train(*cycle)
+    assert third.returncode == 0, third.stderr
+    assert "cycle 2" in third.stdout
+    rows = [json.loads(line) for line in (out / "resnet18_cifar10_log.jsonl").read_text().splitlines()]
+    assert [(r.get("cycle"), r["epoch"]) for r in rows] == [(1, 1), (1, 2), (2, 1)]
+    last = models.read_checkpoint(str(out / "resnet18_cifar10_last.pth"))
+    assert (last["cycle"], last["epoch"], last["args"]["init"]) == (2, 1, str(start))
+    # the best model is written only where the new cycle beats its start
+    beat = rows[-1]["test_top1"] > round(best["top1"], 2)
+    assert (out / "resnet18_cifar10.pth").exists() == beat
+    assert last["best_top1"] == (rows[-1]["test_top1"] if beat else best["top1"])
+
+    again = run_train(*cycle)  # --resume now continues the finished cycle 2, not cycle 1
+    assert again.returncode == 0, again.stderr
+    assert "1 of 1 epochs done" in again.stdout
+    assert len((out / "resnet18_cifar10_log.jsonl").read_text().splitlines()) == 3
+
+    wrong = run_train("--arch", "mobilenetv2", *common[2:], "--init", str(start))
+    assert wrong.returncode != 0 and wrong.stderr.startswith("error:") and "resnet18" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
 
 def test_train_reports_missing_data(tmp_path):
     result = run_train("--arch", "mobilenetv2", "--data", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path))
