@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import loaders
 import models
+from quant.files import atomic_write
 
 
 def get_args(argv=None):
@@ -223,8 +224,12 @@ def _truncate_log(log_path, cycle, epochs_done):
     with open(log_path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     kept = [r for r in rows if r.get("cycle", 1) < cycle or (r.get("cycle", 1) == cycle and r["epoch"] <= epochs_done)]
-    with open(log_path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+
+    atomic_write(log_path, write)
 
 
 if __name__ == "__main__":

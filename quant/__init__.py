@@ -12,8 +12,8 @@ from .absorption import AbsorptionReport, absorb_high_bias
 from .activations import replace_relu6
 from .batchnorm import fold_batchnorm
 from .bias_correction import BiasCorrectionReport, correct_bias
-from .files import atomic_write
 from .equalization import EqualizationReport, equalize, equalize_pair
+from .files import atomic_write
 from .int8 import ExportError, ExportReport, export_int8, load_int8, save_int8
 from .modules import QuantAct, QuantConv1d, QuantConv2d, QuantConv3d, QuantLayer, QuantLinear, quantized_layer
 from .pairs import find_pairs
