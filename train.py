@@ -10,6 +10,11 @@ Writes, under --out-dir:
                               state, which --resume continues from
     <arch>_cifar10_log.jsonl  one line of metrics per epoch
 Every checkpoint is written to a temporary file and renamed into place.
+
+With --swa (stochastic weight averaging, Izmailov et al. 2018) the weights
+are averaged at the end of every epoch; that average, with its BN statistics
+re-estimated on training images, is what gets evaluated and kept:
+    python train.py --arch resnet18 --epochs 4 --lr 0.02 --schedule constant --warmup-epochs 0 --swa --init ckpt/resnet18_cifar10.pth
 """
 import argparse
 import contextlib
@@ -35,8 +40,9 @@ def get_args(argv=None):
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=256, help="per process")
     p.add_argument("--lr", type=float, default=0.2, help="peak learning rate (SGD, Nesterov momentum 0.9)")
-    p.add_argument("--schedule", choices=("cosine", "step"), default="cosine",
-                   help="cosine: linear warm-up then cosine decay to 0; step: x0.1 at 50%% and 75%% of training")
+    p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine",
+                   help="cosine: linear warm-up then cosine decay to 0; step: x0.1 at 50%% and 75%% of training; "
+                        "constant: --lr after warm-up (the usual choice with --swa; --resume may raise --epochs)")
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--label-smoothing", type=float, default=0.1)
@@ -48,27 +54,43 @@ def get_args(argv=None):
     p.add_argument("--init", metavar="CKPT",
                    help="start from this trained checkpoint's weights instead of random ones: a new cosine cycle "
                         "(warm restart) that keeps the best model only where it beats CKPT's test accuracy")
+    p.add_argument("--swa", action="store_true",
+                   help="average the weights at the end of every epoch and evaluate and keep that average")
+    p.add_argument("--swa-bn-images", type=int, default=10000,
+                   help="training images that re-estimate the averaged model's BN statistics")
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="end this run after N epochs (the schedule still spans --epochs; continue with --resume)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bf16 autocast on CPU, fp16/bf16 AMP on CUDA)")
+    p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX), "
+                        "fp16/bf16 AMP on CUDA)")
     p.add_argument("--limit-train", type=int, default=0, help="use only the first N training images (smoke tests)")
     return p.parse_args(argv)
 
 
 # Hyperparameters that define a run; --resume keeps the stored ones.
 RUN_DEFINING = ("arch", "epochs", "batch_size", "lr", "schedule", "warmup_epochs", "weight_decay", "label_smoothing", "seed",
-                "limit_train", "init")
+                "limit_train", "init", "swa", "swa_bn_images")
 
 
 def lr_factor(step, steps_per_epoch, args):
     epoch = step / steps_per_epoch
     if epoch < args.warmup_epochs:
         return (step + 1) / (args.warmup_epochs * steps_per_epoch)
+    if args.schedule == "constant":
+        return 1.0
     if args.schedule == "step":
         return 0.1 ** sum(epoch >= f * args.epochs for f in (0.5, 0.75))
     progress = (epoch - args.warmup_epochs) / max(args.epochs - args.warmup_epochs, 1e-8)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def amp_enabled(device, no_amp):
+    """bf16 autocast pays on a CPU only where it has bf16 instructions;
+    elsewhere oneDNN emulates bf16 and an epoch takes over ten times as long
+    as float32."""
+    if no_amp:
+        return False
+    return device.type != "cpu" or torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def autocast(device, enabled):
@@ -89,7 +111,27 @@ def evaluate(model, data, device, amp, batch_size=500):
     return 100.0 * correct / len(data)
 
 
-def train_one_epoch(model, data, optimizer, scheduler, criterion, epoch, args, device, rank, world):
+@torch.no_grad()
+def update_batchnorm(model, data, device, amp, images, batch_size, generator):
+    """Re-estimates every BN layer's running mean and variance as a plain
+    average over ``images`` augmented training images. An average of weights
+    needs its own statistics: those of the averaged models do not describe
+    its activations."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches seen
+    model.train()
+    order = torch.randperm(len(data), generator=generator)[:images]
+    for x, _ in data.batches(batch_size, order, augment=True, generator=generator):
+        with autocast(device, amp):
+            model(x.to(device, memory_format=torch.channels_last))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+
+
+def train_one_epoch(model, data, optimizer, scheduler, criterion, epoch, args, device, amp, rank, world):
     model.train()
     generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
     sampler = torch.utils.data.DistributedSampler(range(len(data)), num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
@@ -101,7 +143,7 @@ def train_one_epoch(model, data, optimizer, scheduler, criterion, epoch, args, d
                desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, leave=False)
     for x, y in bar:
         x, y = x.to(device, memory_format=torch.channels_last), y.to(device)
-        with autocast(device, not args.no_amp):
+        with autocast(device, amp):
             logits = model(x)
             loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -125,6 +167,9 @@ def main(args):
             args.device = f"cuda:{local}"
             torch.cuda.set_device(local)
     device = torch.device(args.device)
+    amp = amp_enabled(device, args.no_amp)
+    if not args.no_amp and not amp and rank == 0:
+        print("this CPU has no bf16 instructions: training in float32")
     if args.workers:
         torch.set_num_threads(args.workers)
 
@@ -155,8 +200,11 @@ def main(args):
         if rank == 0:
             print(f"cycle {cycle} from {args.init} (test top-1 {best_top1:.2f}%): "
                   f"a new best model is kept only where it beats that")
+    averaged = torch.optim.swa_utils.AveragedModel(model) if args.swa else None
     if resumed is not None:
         model.load_state_dict(resumed["state_dict"])
+        if averaged is not None:
+            averaged.load_state_dict(resumed["averaged"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         start_epoch, best_top1, cycle = resumed["epoch"], resumed["best_top1"], resumed.get("cycle", 1)
@@ -172,18 +220,28 @@ def main(args):
     end_epoch = min(args.epochs, start_epoch + args.stop_after) if args.stop_after else args.epochs
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
-        loss, train_top1 = train_one_epoch(net, train_set, optimizer, scheduler, criterion, epoch, args, device, rank, world)
+        loss, train_top1 = train_one_epoch(net, train_set, optimizer, scheduler, criterion, epoch, args, device, amp, rank, world)
         if rank != 0:
             continue
-        test_top1 = evaluate(model, test_set, device, not args.no_amp)
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        evaluated = model
+        if averaged is not None:
+            averaged.update_parameters(model)
+            update_batchnorm(averaged.module, train_set, device, amp, args.swa_bn_images, args.batch_size,
+                             torch.Generator().manual_seed(args.seed * 1000 + epoch))
+            evaluated = averaged.module
+        test_top1 = evaluate(evaluated, test_set, device, amp)
         if test_top1 > best_top1:
             best_top1 = test_top1
-            models.save_checkpoint(best_path, {**meta, "state_dict": weights, "epoch": epoch + 1, "top1": test_top1})
-        models.save_checkpoint(last_path, {**meta, "state_dict": weights, "epoch": epoch + 1, "top1": test_top1, "best_top1": best_top1,
-                                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
+            models.save_checkpoint(best_path, {**meta, "state_dict": cpu_state(evaluated), "epoch": epoch + 1, "top1": test_top1})
+        last = {**meta, "state_dict": cpu_state(model), "epoch": epoch + 1, "top1": test_top1, "best_top1": best_top1,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        if averaged is not None:
+            last["averaged"] = averaged.state_dict()
+        models.save_checkpoint(last_path, last)
         row = {"cycle": cycle, "epoch": epoch + 1, "train_loss": round(loss, 4), "train_top1": round(train_top1, 2), "test_top1": round(test_top1, 2),
                "best_top1": round(best_top1, 2), "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+        if averaged is not None:
+            row["swa_models"] = int(averaged.n_averaged)
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"epoch {epoch + 1}/{args.epochs}  loss {loss:.3f}  train {train_top1:.2f}%  test {test_top1:.2f}%  best {best_top1:.2f}%  ({row['seconds']:.0f} s)", flush=True)
@@ -193,6 +251,10 @@ def main(args):
         done = "" if end_epoch == args.epochs else f" (stopped after epoch {end_epoch} of {args.epochs}; continue with --resume)"
         kept = best_path if start is None or best_top1 > start.get("top1", -1.0) else f"no epoch beat {args.init}"
         print(f"best test top-1 {best_top1:.2f}% -> {kept}{done}")
+
+
+def cpu_state(model):
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
 def read_resume_state(last_path, args, rank):
@@ -208,10 +270,13 @@ def read_resume_state(last_path, args, rank):
     stored = resumed["args"]
     if args.init and stored.get("init") != args.init:
         return None
-    changed = [k for k in RUN_DEFINING if getattr(args, k) != stored.get(k)]
+    # Under a constant learning rate no step depends on the length of the run,
+    # so --epochs may lengthen it (more models in the --swa average).
+    defining = [k for k in RUN_DEFINING if not (k == "epochs" and stored.get("schedule") == "constant")]
+    changed = [k for k in defining if getattr(args, k) != stored.get(k)]
     if changed and rank == 0:
         print(f"resuming with the stored {', '.join(changed)} (flags given now are ignored for these)")
-    for k in RUN_DEFINING:
+    for k in defining:
         setattr(args, k, stored.get(k))
     return resumed
 

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 import models
 from conftest import ROOT
 from test_data import make_cifar_folder
@@ -70,3 +72,37 @@ def test_train_reports_missing_data(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().startswith("error:") and "--data" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_swa_keeps_the_average_of_the_epochs(tmp_path):
+    data = make_cifar_folder(str(tmp_path / "data"), per_class=(8, 2))
+    out = tmp_path / "ckpt"
+    common = ["--arch", "resnet18", "--epochs", "2", "--batch-size", "8", "--data", data, "--out-dir", str(out),
+              "--lr", "0.05", "--schedule", "constant", "--warmup-epochs", "0", "--swa", "--swa-bn-images", "40"]
+    first = run_train(*common, "--stop-after", "1")
+    assert first.returncode == 0, first.stderr
+    epoch1 = models.read_checkpoint(str(out / "resnet18_cifar10_last.pth"))
+    second = run_train(*common, "--resume")
+    assert second.returncode == 0, second.stderr
+    last = models.read_checkpoint(str(out / "resnet18_cifar10_last.pth"))
+
+    rows = [json.loads(line) for line in (out / "resnet18_cifar10_log.jsonl").read_text().splitlines()]
+    assert [r["swa_models"] for r in rows] == [1, 2]
+    assert rows[0]["lr"] == rows[1]["lr"] == 0.05  # constant schedule
+    # the resumed average is the mean of the two epochs' weights, not the last epoch's
+    name = "conv1.weight"
+    mean = (epoch1["state_dict"][name] + last["state_dict"][name]) / 2
+    assert torch.allclose(last["averaged"]["module." + name], mean, atol=1e-6)
+    assert not torch.allclose(last["averaged"]["module." + name], last["state_dict"][name], atol=1e-4)
+    # the kept model carries re-estimated BN statistics, not those of either epoch's weights
+    best = models.read_checkpoint(str(out / "resnet18_cifar10.pth"))
+    stats = "bn1.running_mean"
+    assert not torch.equal(best["state_dict"][stats], last["state_dict"][stats])
+    kept = mean if best["epoch"] == 2 else epoch1["state_dict"][name]
+    assert torch.allclose(best["state_dict"][name], kept, atol=1e-6)
+
+    # a constant learning rate lets --resume lengthen the run: one more model in the average
+    longer = run_train(*[f if f != "2" else "3" for f in common], "--resume")
+    assert longer.returncode == 0, longer.stderr
+    rows = [json.loads(line) for line in (out / "resnet18_cifar10_log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["swa_models"]) for r in rows] == [(1, 1), (2, 2), (3, 3)]
