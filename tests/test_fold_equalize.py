@@ -9,7 +9,9 @@ from conftest import relative_error, with_realistic_bn
 from nets import MLP, ConvBNReLUConv, SameConv2d, Zoo
 from quant.channels import input_channel_range, output_channel_range
 
-TOL = 1e-5
+# float32 rounding through torchvision's MobileNetV2 differs by CPU (AVX2 kernels: 1.01e-5);
+# a folding or equalization bug shows as 1e-2 or more
+TOL = 5e-5
 
 
 def fp32_models():
