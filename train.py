@@ -230,10 +230,12 @@ def main(args):
                              torch.Generator().manual_seed(args.seed * 1000 + epoch))
             evaluated = averaged.module
         test_top1 = evaluate(evaluated, test_set, device, amp)
+        weights = cpu_state(model)
         if test_top1 > best_top1:
             best_top1 = test_top1
-            models.save_checkpoint(best_path, {**meta, "state_dict": cpu_state(evaluated), "epoch": epoch + 1, "top1": test_top1})
-        last = {**meta, "state_dict": cpu_state(model), "epoch": epoch + 1, "top1": test_top1, "best_top1": best_top1,
+            kept = weights if evaluated is model else cpu_state(evaluated)
+            models.save_checkpoint(best_path, {**meta, "state_dict": kept, "epoch": epoch + 1, "top1": test_top1})
+        last = {**meta, "state_dict": weights, "epoch": epoch + 1, "top1": test_top1, "best_top1": best_top1,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         if averaged is not None:
             last["averaged"] = averaged.state_dict()

@@ -15,6 +15,10 @@ def run_train(*flags):
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
+def read_log(out):
+    return [json.loads(line) for line in (out / "resnet18_cifar10_log.jsonl").read_text().splitlines()]
+
+
 def test_train_then_resume(tmp_path):
     data = make_cifar_folder(str(tmp_path / "data"), per_class=(8, 2))
     out = tmp_path / "ckpt"
@@ -28,7 +32,7 @@ def test_train_then_resume(tmp_path):
     second = run_train(*common, "--resume")
     assert second.returncode == 0, second.stderr
     assert "1 of 2 epochs done" in second.stdout
-    rows = [json.loads(line) for line in (out / "resnet18_cifar10_log.jsonl").read_text().splitlines()]
+    rows = read_log(out)
     assert [r["epoch"] for r in rows] == [1, 2]
     assert models.read_checkpoint(str(out / "resnet18_cifar10_last.pth"))["epoch"] == 2
     # the scheduler resumed mid-schedule: cosine ends at 0 after the last step
@@ -47,7 +51,7 @@ def test_train_then_resume(tmp_path):
     third = run_train(*cycle)
     assert third.returncode == 0, third.stderr
     assert "cycle 2" in third.stdout
-    rows = [json.loads(line) for line in (out / "resnet18_cifar10_log.jsonl").read_text().splitlines()]
+    rows = read_log(out)
     assert [(r.get("cycle"), r["epoch"]) for r in rows] == [(1, 1), (1, 2), (2, 1)]
     last = models.read_checkpoint(str(out / "resnet18_cifar10_last.pth"))
     assert (last["cycle"], last["epoch"], last["args"]["init"]) == (2, 1, str(start))
@@ -60,7 +64,7 @@ def test_train_then_resume(tmp_path):
     again = run_train(*cycle)  # --resume now continues the finished cycle 2, not cycle 1
     assert again.returncode == 0, again.stderr
     assert "1 of 1 epochs done" in again.stdout
-    assert len((out / "resnet18_cifar10_log.jsonl").read_text().splitlines()) == 3
+    assert len(read_log(out)) == 3
 
     wrong = run_train("--arch", "mobilenetv2", *common[2:], "--init", str(start))
     assert wrong.returncode != 0 and wrong.stderr.startswith("error:") and "resnet18" in wrong.stderr
@@ -77,16 +81,16 @@ def test_train_reports_missing_data(tmp_path):
 def test_swa_keeps_the_average_of_the_epochs(tmp_path):
     data = make_cifar_folder(str(tmp_path / "data"), per_class=(8, 2))
     out = tmp_path / "ckpt"
-    common = ["--arch", "resnet18", "--epochs", "2", "--batch-size", "8", "--data", data, "--out-dir", str(out),
+    common = ["--arch", "resnet18", "--batch-size", "8", "--data", data, "--out-dir", str(out),
               "--lr", "0.05", "--schedule", "constant", "--warmup-epochs", "0", "--swa", "--swa-bn-images", "40"]
-    first = run_train(*common, "--stop-after", "1")
+    first = run_train(*common, "--epochs", "2", "--stop-after", "1")
     assert first.returncode == 0, first.stderr
     epoch1 = models.read_checkpoint(str(out / "resnet18_cifar10_last.pth"))
-    second = run_train(*common, "--resume")
+    second = run_train(*common, "--epochs", "2", "--resume")
     assert second.returncode == 0, second.stderr
     last = models.read_checkpoint(str(out / "resnet18_cifar10_last.pth"))
 
-    rows = [json.loads(line) for line in (out / "resnet18_cifar10_log.jsonl").read_text().splitlines()]
+    rows = read_log(out)
     assert [r["swa_models"] for r in rows] == [1, 2]
     assert rows[0]["lr"] == rows[1]["lr"] == 0.05  # constant schedule
     # the resumed average is the mean of the two epochs' weights, not the last epoch's
@@ -102,7 +106,7 @@ def test_swa_keeps_the_average_of_the_epochs(tmp_path):
     assert torch.allclose(best["state_dict"][name], kept, atol=1e-6)
 
     # a constant learning rate lets --resume lengthen the run: one more model in the average
-    longer = run_train(*[f if f != "2" else "3" for f in common], "--resume")
+    longer = run_train(*common, "--epochs", "3", "--resume")
     assert longer.returncode == 0, longer.stderr
-    rows = [json.loads(line) for line in (out / "resnet18_cifar10_log.jsonl").read_text().splitlines()]
+    rows = read_log(out)
     assert [(r["epoch"], r["swa_models"]) for r in rows] == [(1, 1), (2, 2), (3, 3)]
