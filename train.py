@@ -233,8 +233,8 @@ def main(args):
         weights = cpu_state(model)
         if test_top1 > best_top1:
             best_top1 = test_top1
-            kept = weights if evaluated is model else cpu_state(evaluated)
-            models.save_checkpoint(best_path, {**meta, "state_dict": kept, "epoch": epoch + 1, "top1": test_top1})
+            best_weights = weights if evaluated is model else cpu_state(evaluated)
+            models.save_checkpoint(best_path, {**meta, "state_dict": best_weights, "epoch": epoch + 1, "top1": test_top1})
         last = {**meta, "state_dict": weights, "epoch": epoch + 1, "top1": test_top1, "best_top1": best_top1,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         if averaged is not None:
